@@ -1,0 +1,1 @@
+"""The inception-parity pipeline: options, graph and command-line entry points."""

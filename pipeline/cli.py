@@ -1,0 +1,32 @@
+"""The `inception-parity` console command and its subcommands."""
+
+import os
+import sys
+
+USAGE = """usage: inception-parity COMMAND [flags]
+
+Commands:
+  run       extract features with both InceptionV3 models and write them to Parquet
+
+Run `inception-parity COMMAND --help` for a command's flags."""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    # TensorFlow's C++ start-up notices (CPU features, missing CUDA) are noise on a
+    # command line; TF_CPP_MIN_LOG_LEVEL set by the user wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from pipeline import run
+
+        return run.main(rest)
+    print(f"inception-parity: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The job's own command-line flags; everything else is passed on to Beam."""
+
+import argparse
+
+from transforms.devices import DEVICE_CHOICES_HELP, parse_device
+from transforms.fixture import DEFAULT_FIXTURE_SEED
+from transforms.image_decode import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_RESIZE_FILTER, RESIZE_FILTERS
+from transforms.models import DEFAULT_HUB_MODEL, IMAGENET, KERAS_POOLINGS
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
+    return value
+
+
+def _device(text):
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def build_parser(prog="inception-parity run"):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Extract InceptionV3 features from every image under --input with both the "
+            "TF Hub model and Keras InceptionV3, and write both vectors and their "
+            "divergence to Parquet under --output. Flags not listed here go to Apache "
+            "Beam (for example --runner, --direct_num_workers, --direct_running_mode); "
+            f"the runner defaults to the local {DEFAULT_LOCAL_RUNNER}."
+        ),
+    )
+    io_group = parser.add_argument_group("input and output")
+    io_group.add_argument(
+        "--input",
+        required=True,
+        help="Folder (searched recursively), glob or single file; local, gs:// or s3://. "
+        "Image extensions are matched case-insensitively; hidden files are skipped.",
+    )
+    io_group.add_argument(
+        "--output", required=True, help="Folder that receives features/, errors/, skipped/ and runs/."
+    )
+    io_group.add_argument("--run_id", help="Name of this run's partition (default: UTC time + random suffix).")
+
+    models = parser.add_argument_group("models")
+    models.add_argument(
+        "--models",
+        choices=(IMAGENET, "fixture"),
+        default=IMAGENET,
+        help="imagenet: the real models named by --hub_model and --keras_weights. fixture: "
+        "a self-built pair with seeded weights, for offline runs and tests (default: %(default)s).",
+    )
+    models.add_argument(
+        "--hub_model",
+        default=None,
+        help=f"TF Hub handle or local SavedModel folder, TF2 or TF1 Hub format (default: {DEFAULT_HUB_MODEL}).",
+    )
+    models.add_argument(
+        "--keras_weights",
+        default=None,
+        help="'imagenet' or a path to a Keras weights file for InceptionV3(include_top=False) "
+        "(default: imagenet).",
+    )
+    models.add_argument(
+        "--keras_pooling",
+        choices=KERAS_POOLINGS,
+        default="avg",
+        help="Global pooling over Keras' 8x8x2048 map (default: %(default)s, as the hub model).",
+    )
+    models.add_argument(
+        "--fixture_seed",
+        type=int,
+        default=DEFAULT_FIXTURE_SEED,
+        help="Seed of the fixture pair's weights with --models fixture (default: %(default)s).",
+    )
+
+    processing = parser.add_argument_group("processing")
+    processing.add_argument(
+        "--resize_filter",
+        choices=sorted(RESIZE_FILTERS),
+        default=DEFAULT_RESIZE_FILTER,
+        help="Pillow filter for resizing to 299x299 (default: %(default)s).",
+    )
+    processing.add_argument(
+        "--max_image_pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="Images with more pixels (width x height, read from the header) become errors "
+        "before they are decoded (default: %(default)s).",
+    )
+    processing.add_argument(
+        "--batch_size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="Images per forward pass (default: %(default)s).",
+    )
+    processing.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help=f"{DEVICE_CHOICES_HELP}. auto takes a GPU when TensorFlow sees one and spreads "
+        "worker processes over the GPUs (default: %(default)s).",
+    )
+    return parser
+
+
+def parse_job_args(argv):
+    """Splits argv into the job's flags (argparse.Namespace) and Beam's flags (list)."""
+    parser = build_parser()
+    job, beam_args = parser.parse_known_args(argv)
+    if job.models == "fixture" and (job.hub_model or job.keras_weights):
+        parser.error("--models fixture builds its own pair; drop --hub_model and --keras_weights")
+    return job, beam_args
