@@ -34,7 +34,10 @@ def build_pipeline(pipeline, job, spec, paths, run_metadata):
     )
     feature_rows = extracted.batches | "ComputeDivergence" >> beam.FlatMap(to_feature_rows)
 
-    errors = (decoded[DecodeImageFn.ERRORS_TAG], extracted[EXTRACT_ERRORS_TAG]) | "MergeErrors" >> beam.Flatten()
+    errors = (
+        decoded[DecodeImageFn.ERRORS_TAG],
+        extracted[EXTRACT_ERRORS_TAG],
+    ) | "MergeErrors" >> beam.Flatten()
 
     feature_rows | "WriteFeatures" >> WriteTable(paths, "features", columns.FEATURES_SCHEMA, run_metadata)
     errors | "WriteErrors" >> WriteTable(paths, "errors", columns.ERRORS_SCHEMA, run_metadata)

@@ -46,7 +46,9 @@ def build_parser(prog="inception-parity run"):
     io_group.add_argument(
         "--output", required=True, help="Folder that receives features/, errors/, skipped/ and runs/."
     )
-    io_group.add_argument("--run_id", help="Name of this run's partition (default: UTC time + random suffix).")
+    io_group.add_argument(
+        "--run_id", help="Name of this run's partition (default: UTC time + random suffix)."
+    )
 
     models = parser.add_argument_group("models")
     models.add_argument(
@@ -59,7 +61,8 @@ def build_parser(prog="inception-parity run"):
     models.add_argument(
         "--hub_model",
         default=None,
-        help=f"TF Hub handle or local SavedModel folder, TF2 or TF1 Hub format (default: {DEFAULT_HUB_MODEL}).",
+        help="TF Hub handle or local SavedModel folder, in TF2 or legacy TF1 Hub format "
+        f"(default: {DEFAULT_HUB_MODEL}).",
     )
     models.add_argument(
         "--keras_weights",

@@ -22,9 +22,7 @@ def resolve_spec(job):
         pair = fixture.ensure_fixture_pair(job.fixture_seed)
         spec = ExtractorSpec(pair.hub_model, pair.keras_weights, job.keras_pooling)
         return spec, {"fixture": pair.identity}
-    spec = ExtractorSpec(
-        job.hub_model or DEFAULT_HUB_MODEL, job.keras_weights or IMAGENET, job.keras_pooling
-    )
+    spec = ExtractorSpec(job.hub_model or DEFAULT_HUB_MODEL, job.keras_weights or IMAGENET, job.keras_pooling)
     return spec, {}
 
 

@@ -66,7 +66,8 @@ def format_summary(summary, paths):
         lines.append(
             "Divergence hub vs Keras: cosine similarity median "
             f"{summary['cosine_similarity_median']:.8f}, worst {summary['cosine_similarity_min']:.8f}; "
-            f"max abs diff median {summary['max_abs_diff_median']:.3g}, worst {summary['max_abs_diff_max']:.3g}"
+            f"max abs diff median {summary['max_abs_diff_median']:.3g}, "
+            f"worst {summary['max_abs_diff_max']:.3g}"
         )
     lines.append(f"Output: {paths.output} (features/, errors/, skipped/ under run={paths.run_id})")
     lines.append(f"Manifest: {paths.manifest}")

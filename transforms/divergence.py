@@ -7,16 +7,13 @@ scalar. Cases that would divide by zero are defined below instead of returning N
 
 import numpy as np
 
-from transforms import columns
-
 
 def _as_float64(hub, keras):
     hub = np.asarray(hub, dtype=np.float64)
     keras = np.asarray(keras, dtype=np.float64)
     if hub.shape != keras.shape:
         raise ValueError(
-            f"hub and keras features must have the same shape, "
-            f"received {hub.shape} and {keras.shape}"
+            f"hub and keras features must have the same shape, received {hub.shape} and {keras.shape}"
         )
     return hub, keras
 

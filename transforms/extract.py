@@ -66,7 +66,8 @@ class ExtractFeaturesFn(beam.DoFn):
         started = time.perf_counter()
         self._device = select_device(self._requested_device)
         self._hub, self._keras = load_extractors(self._spec, self._device)
-        self._loads.inc()
+        # Metrics can only be reported from inside a bundle, so the load is counted there.
+        self._load_counted = False
         _LOGGER.info(
             "Loaded both extractors on %s in %.1f s (process %d)",
             self._device,
@@ -75,6 +76,9 @@ class ExtractFeaturesFn(beam.DoFn):
         )
 
     def process(self, batch):
+        if not self._load_counted:
+            self._loads.inc()
+            self._load_counted = True
         pixels = np.stack([image[PIXELS] for image in batch])
         started = time.perf_counter()
         try:

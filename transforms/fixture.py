@@ -160,7 +160,7 @@ def _calibrate_batch_norm(model, rng):
     for layer in batch_norms:
         layer.momentum = 0.0
     model(images, training=True)
-    for layer, momentum in zip(batch_norms, momenta):
+    for layer, momentum in zip(batch_norms, momenta, strict=True):
         layer.momentum = momentum
 
 

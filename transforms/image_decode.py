@@ -91,9 +91,7 @@ def decode_image(
     if not data:
         raise ImageDecodeError("file is empty (0 bytes)")
     if resize_filter not in RESIZE_FILTERS:
-        raise ValueError(
-            f"resize_filter must be one of {sorted(RESIZE_FILTERS)}, received {resize_filter!r}"
-        )
+        raise ValueError(f"resize_filter must be one of {sorted(RESIZE_FILTERS)}, received {resize_filter!r}")
 
     image = _open(data, max_image_pixels)
     image_format = image.format
@@ -221,7 +219,11 @@ class DecodeImageFn(beam.DoFn):
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(
                 self.ERRORS_TAG,
-                {columns.PATH: path, columns.STAGE: "read", columns.ERROR: f"cannot read file ({_describe(err)})"},
+                {
+                    columns.PATH: path,
+                    columns.STAGE: "read",
+                    columns.ERROR: f"cannot read file ({_describe(err)})",
+                },
             )
             return
 

@@ -274,4 +274,3 @@ def check_output(name, features, batch_size):
             f"The {name} returned features of shape {features.shape}, expected {expected}: "
             "it is not an InceptionV3 feature-vector model."
         )
-

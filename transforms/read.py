@@ -76,9 +76,7 @@ class _ClassifyMatchesFn(beam.DoFn):
             yield metadata.path
         else:
             self._skipped.inc()
-            yield beam.pvalue.TaggedOutput(
-                SKIPPED_TAG, {columns.PATH: metadata.path, columns.REASON: reason}
-            )
+            yield beam.pvalue.TaggedOutput(SKIPPED_TAG, {columns.PATH: metadata.path, columns.REASON: reason})
 
 
 class MatchImageFiles(beam.PTransform):
@@ -117,6 +115,4 @@ def check_local_input(input_path):
         return
     _, root = resolve_input_pattern(input_path)
     if not os.path.exists(root or "."):
-        raise FileNotFoundError(
-            f"--input {input_path!r} not found: no file or folder at {root or '.'!r}"
-        )
+        raise FileNotFoundError(f"--input {input_path!r} not found: no file or folder at {root or '.'!r}")
