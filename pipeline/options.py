@@ -5,16 +5,24 @@ import argparse
 from transforms.devices import DEVICE_CHOICES_HELP, parse_device
 from transforms.fixture import DEFAULT_FIXTURE_SEED
 from transforms.image_decode import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_RESIZE_FILTER, RESIZE_FILTERS
-from transforms.models import DEFAULT_HUB_MODEL, IMAGENET, KERAS_POOLINGS
+from transforms.models import DEFAULT_HUB_MODEL, IMAGENET, KERAS_POOLINGS, PRECISIONS
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+DEFAULT_MAX_ERROR_FRACTION = 0.05
 
 
 def _positive_int(text):
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, received {text}")
     return value
 
 
@@ -48,6 +56,31 @@ def build_parser(prog="inception-parity run"):
     )
     io_group.add_argument(
         "--run_id", help="Name of this run's partition (default: UTC time + random suffix)."
+    )
+    io_group.add_argument(
+        "--incremental",
+        action="store_true",
+        help="Skip images whose path and content hash already have features under --output "
+        "for the same models and preprocessing; first recover the files of runs that were killed.",
+    )
+    io_group.add_argument(
+        "--max_error_fraction",
+        type=_fraction,
+        default=DEFAULT_MAX_ERROR_FRACTION,
+        help="Exit with status 4 when more than this fraction of the images to process became "
+        "errors; everything is still written (default: %(default)s).",
+    )
+    io_group.add_argument(
+        "--rows_per_file",
+        type=_positive_int,
+        default=512,
+        help="Rows per Parquet file a worker writes. Files are kept when a run is killed, so "
+        "smaller files mean less work repeated by the next --incremental run (default: %(default)s).",
+    )
+    io_group.add_argument(
+        "--no_report",
+        action="store_true",
+        help="Do not write report/ (statistics and plots) at the end of the run.",
     )
 
     models = parser.add_argument_group("models")
@@ -102,6 +135,34 @@ def build_parser(prog="inception-parity run"):
         type=_positive_int,
         default=DEFAULT_BATCH_SIZE,
         help="Images per forward pass (default: %(default)s).",
+    )
+    processing.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="Precision of both forward passes; bfloat16 uses oneDNN's rewrite on CPUs, about twice "
+        "as fast with AMX (default: %(default)s).",
+    )
+    processing.add_argument(
+        "--hub_precision", choices=PRECISIONS, help="Precision of the hub model only (overrides --precision)."
+    )
+    processing.add_argument(
+        "--keras_precision",
+        choices=PRECISIONS,
+        help="Precision of the Keras model only (overrides --precision).",
+    )
+    processing.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=None,
+        help="TensorFlow threads per worker process. Default: the CPU count divided by the number "
+        "of local worker processes.",
+    )
+    processing.add_argument(
+        "--check_determinism",
+        action="store_true",
+        help="Each worker also runs every batch through a second, separately loaded pair of "
+        "extractors and records hub_rerun_max_abs and keras_rerun_max_abs (doubles the cost).",
     )
     processing.add_argument(
         "--device",

@@ -15,15 +15,20 @@ from transforms.models import DEFAULT_HUB_MODEL, IMAGENET, ExtractorSpec, check_
 _LOGGER = logging.getLogger(__name__)
 
 
-def resolve_spec(job):
+def resolve_spec(job, hub_precision="float32", keras_precision="float32"):
     """Turns the model flags into an ExtractorSpec and its identity, building the fixture
     pair when --models fixture asks for it."""
     if job.models == "fixture":
         pair = fixture.ensure_fixture_pair(job.fixture_seed)
-        spec = ExtractorSpec(pair.hub_model, pair.keras_weights, job.keras_pooling)
-        return spec, {"fixture": pair.identity}
-    spec = ExtractorSpec(job.hub_model or DEFAULT_HUB_MODEL, job.keras_weights or IMAGENET, job.keras_pooling)
-    return spec, {}
+        hub_model, keras_weights, identity = pair.hub_model, pair.keras_weights, {"fixture": pair.identity}
+    else:
+        hub_model, keras_weights, identity = (
+            job.hub_model or DEFAULT_HUB_MODEL,
+            job.keras_weights or IMAGENET,
+            {},
+        )
+    spec = ExtractorSpec(hub_model, keras_weights, job.keras_pooling, hub_precision, keras_precision)
+    return spec, identity
 
 
 def check_models(spec):

@@ -1,30 +1,40 @@
-"""`inception-parity run`: checks the models, runs the pipeline, writes the manifest and
-prints a summary.
+"""`inception-parity run`: checks the models, runs the pipeline, promotes its files,
+checks the accounting, writes the manifest and prints a summary.
 
 Exit codes (also in the README):
-  0  the run finished and its manifest is written
-  1  the pipeline failed while running
+  0  the run finished; its manifest is written
+  1  the pipeline failed while running; whole files stay in staging for --incremental
   2  invalid flags, or --input not found
-  3  a model cannot be loaded (nothing was read)
+  3  a model cannot be loaded (no image was read)
+  4  the run finished, but more than --max_error_fraction of its images became errors
+  5  the run finished, but matched files != features + errors + skipped
+  6  another run is writing to the same --output
 """
 
+import contextlib
+import fcntl
 import logging
+import os
 import platform
 import sys
 import time
 from datetime import datetime, timezone
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.graph import build_pipeline
 from pipeline.options import DEFAULT_LOCAL_RUNNER, parse_job_args
 from pipeline.preflight import check_models, resolve_spec
 from pipeline.summary import format_summary, summarize_run
+from transforms.devices import configure_threads
+from transforms.incremental import extraction_key, known_images, recover_incomplete_runs
 from transforms.models import ModelLoadError
-from transforms.output import RunPaths, new_run_id, write_manifest
-from transforms.read import check_local_input, resolve_input_pattern
+from transforms.output import RunPaths, new_run_id, promote_run, write_manifest
+from transforms.progress import ProgressCounter, ProgressMonitor
+from transforms.read import check_local_input, resolve_input_pattern, skip_reason
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +42,13 @@ EXIT_OK = 0
 EXIT_PIPELINE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MODEL_LOAD = 3
+EXIT_TOO_MANY_ERRORS = 4
+EXIT_ACCOUNTING = 5
+EXIT_OUTPUT_LOCKED = 6
+
+
+class OutputLockedError(RuntimeError):
+    """Another run holds the lock of the same --output folder."""
 
 
 def library_versions():
@@ -64,54 +81,163 @@ def _beam_options(beam_args):
     return options
 
 
+def _local_worker_processes(options):
+    """How many processes run the DoFns on this machine: several only in multi_processing."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return 1
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
+def _intra_op_threads(job, options):
+    """TF threads per worker process: the flag, or the CPUs shared among local processes."""
+    if job.intra_op_threads is not None:
+        return job.intra_op_threads
+    processes = _local_worker_processes(options)
+    return 0 if processes == 1 else max(1, (os.cpu_count() or 1) // processes)
+
+
+@contextlib.contextmanager
+def _output_lock(output):
+    """Holds OUTPUT/.inception-parity.lock for a local output; remote outputs get none."""
+    if "://" in output:
+        yield
+        return
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, ".inception-parity.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise OutputLockedError(
+                f"another inception-parity run is writing to {output!r}; wait for it to finish"
+            ) from err
+        yield
+
+
+def count_images_to_extract(input_path):
+    """Counts the matched files that are not skipped: the images a run will try."""
+    pattern, root = resolve_input_pattern(input_path)
+    matched = FileSystems.match([pattern])[0].metadata_list
+    return sum(1 for metadata in matched if skip_reason(metadata.path, root) is None)
+
+
 def _counter(result, name):
     query = result.metrics().query(MetricsFilter().with_namespace("inception_parity").with_name(name))
     return sum((counter.committed or counter.attempted or 0) for counter in query["counters"])
 
 
+def _precisions(job):
+    return job.hub_precision or job.precision, job.keras_precision or job.precision
+
+
 def run(argv=None, test_pipeline=None):
-    """Runs one extraction. Returns the manifest dict; raises on failure.
+    """Runs one extraction and returns its manifest (a dict with "exit_code").
 
     test_pipeline: a beam.Pipeline to build into instead of a new one (tests).
     """
     job, beam_args = parse_job_args(argv)
     check_local_input(job.input)
+    options = _beam_options(beam_args)
     run_id = job.run_id or new_run_id()
     paths = RunPaths(job.output, run_id)
     pattern, _ = resolve_input_pattern(job.input)
 
-    spec, fixture_identity = resolve_spec(job)
+    # Thread counts only take effect before TensorFlow's first operation in a process.
+    intra_op_threads = _intra_op_threads(job, options)
+    if _local_worker_processes(options) == 1:
+        configure_threads(intra_op_threads)
+
+    # Both models must load before any image is read.
+    hub_precision, keras_precision = _precisions(job)
+    spec, fixture_identity = resolve_spec(job, hub_precision, keras_precision)
     model_identities = check_models(spec)
     model_identities.update(fixture_identity)
+    key = extraction_key(model_identities, job.resize_filter)
 
-    options = _beam_options(beam_args)
+    with _output_lock(job.output):
+        return _run_locked(
+            job, options, paths, pattern, spec, model_identities, key, intra_op_threads, test_pipeline
+        )
+
+
+def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra_op_threads, test_pipeline):
+    known = None
+    recovered = []
+    if job.incremental:
+        recovered = recover_incomplete_runs(job.output)
+        known = known_images(job.output, key)
+        _LOGGER.info("Incremental run: %d images already have features", len(known))
+
     run_metadata = {
-        "run_id": run_id,
+        "run_id": paths.run_id,
         "started_at": datetime.now(timezone.utc).isoformat(),
         "input": job.input,
         "input_pattern": pattern,
-        "flags": {key: value for key, value in vars(job).items()},
+        "flags": dict(vars(job)),
         "beam_options": options.get_all_options(drop_default=True, retain_unknown_options=True),
         "models": model_identities,
+        "extraction_key": key,
         "versions": library_versions(),
     }
-    _LOGGER.info("Starting run %s over %s", run_id, pattern)
+    _LOGGER.info("Starting run %s over %s", paths.run_id, pattern)
 
+    # Run the pipeline; its files land in staging.
     started = time.perf_counter()
+    progress_folder = os.path.join(paths.staging_root, "progress") if "://" not in paths.output else None
+    extract_options = {"intra_op_threads": intra_op_threads}
+    if progress_folder:
+        extract_options["progress"] = ProgressCounter(progress_folder)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build_pipeline(pipeline, job, spec, paths, run_metadata)
-    result = pipeline.run()
-    result.wait_until_finish()
-    elapsed_secs = time.perf_counter() - started
+    build_pipeline(pipeline, job, spec, paths, run_metadata, known, extract_options)
+    monitor = (
+        ProgressMonitor(progress_folder, lambda: count_images_to_extract(job.input) - len(known or ()))
+        if progress_folder
+        else contextlib.nullcontext()
+    )
+    with monitor:
+        result = pipeline.run()
+        result.wait_until_finish()
+    pipeline_secs = time.perf_counter() - started
 
-    counts = summarize_run(paths)
+    # Promote the staged files, then check that every matched file is accounted for.
+    counts = promote_run(paths, run_metadata)
     counts["matched"] = _counter(result, "files_matched")
     counts["extractor_loads"] = _counter(result, "extractor_loads")
-    manifest = dict(run_metadata, finished_at=datetime.now(timezone.utc).isoformat())
+    counts["recovered_runs"] = recovered
+    accounted = counts["features"] + counts["errors"] + counts["skipped"]
+    attempted = counts["features"] + counts["errors"]
+    error_fraction = counts["errors"] / attempted if attempted else 0.0
+
+    exit_code, exit_reason = EXIT_OK, None
+    if accounted != counts["matched"]:
+        exit_code = EXIT_ACCOUNTING
+        exit_reason = (
+            f"accounting mismatch: {counts['matched']} files matched, but {counts['features']} features + "
+            f"{counts['errors']} errors + {counts['skipped']} skipped = {accounted}"
+        )
+    elif error_fraction > job.max_error_fraction:
+        exit_code = EXIT_TOO_MANY_ERRORS
+        exit_reason = (
+            f"{counts['errors']} of {attempted} images failed ({100 * error_fraction:.1f}%), "
+            f"more than --max_error_fraction {job.max_error_fraction:g}"
+        )
+    if exit_reason:
+        _LOGGER.error("Run %s ends with exit status %d: %s", paths.run_id, exit_code, exit_reason)
+
+    manifest = dict(run_metadata, complete=True, finished_at=datetime.now(timezone.utc).isoformat())
     manifest["counts"] = counts
-    manifest["timings"] = {"pipeline_secs": round(elapsed_secs, 3)}
+    manifest["accounting_ok"] = accounted == counts["matched"]
+    manifest["error_fraction"] = error_fraction
+    manifest["exit_code"] = exit_code
+    manifest["exit_reason"] = exit_reason
+    manifest["timings"] = {"pipeline_secs": round(pipeline_secs, 3)}
     write_manifest(paths, manifest)
-    manifest["summary_text"] = format_summary(counts, paths)
+
+    summary = summarize_run(paths)
+    summary.update(counts)
+    manifest["summary_text"] = format_summary(summary, paths)
+    if exit_reason:
+        manifest["summary_text"] += f"\nExit status {exit_code}: {exit_reason}"
     return manifest
 
 
@@ -135,5 +261,11 @@ def main(argv=None):
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MODEL_LOAD
+    except OutputLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_OUTPUT_LOCKED
+    except Exception:  # noqa: BLE001 - any failure inside the pipeline maps to one exit code
+        _LOGGER.exception("The pipeline failed; whole files stay in staging for a --incremental rerun")
+        return EXIT_PIPELINE_FAILED
     print(manifest["summary_text"])
-    return EXIT_OK
+    return manifest["exit_code"]

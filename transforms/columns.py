@@ -29,6 +29,11 @@ DIVERGENCE_COLUMNS = (
     "keras_norm",
 )
 
+# Filled only with --check_determinism: per image, the max absolute difference between
+# the features of the worker's extractors and of a second pair loaded separately.
+HUB_RERUN_MAX_ABS = "hub_rerun_max_abs"
+KERAS_RERUN_MAX_ABS = "keras_rerun_max_abs"
+
 # Errors and skipped-files tables.
 STAGE = "stage"
 ERROR = "error"
@@ -45,6 +50,8 @@ FEATURES_SCHEMA = pa.schema(
         pa.field(KERAS_FEATURES, pa.list_(pa.float32(), FEATURE_DIM), nullable=False),
         *(pa.field(name, pa.float64(), nullable=False) for name in DIVERGENCE_COLUMNS),
         pa.field(DEVICE, pa.string(), nullable=False),
+        pa.field(HUB_RERUN_MAX_ABS, pa.float64()),
+        pa.field(KERAS_RERUN_MAX_ABS, pa.float64()),
     ]
 )
 

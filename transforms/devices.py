@@ -98,3 +98,23 @@ def _enable_memory_growth(gpus):
         except RuntimeError:
             # Already initialised in this process: the setting it has stays.
             pass
+
+
+def configure_threads(intra_op_threads):
+    """Sets TensorFlow's intra-op thread count for this process; 0 keeps TF's default.
+
+    TF reads the setting once, when its runtime starts: a process where TF already ran
+    keeps the count it started with, and a warning says so.
+    """
+    if not intra_op_threads:
+        return
+    if tf.config.threading.get_intra_op_parallelism_threads() == intra_op_threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    except RuntimeError:
+        _LOGGER.warning(
+            "TensorFlow already started in process %d; it keeps its thread count instead of %d",
+            os.getpid(),
+            intra_op_threads,
+        )

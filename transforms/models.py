@@ -9,6 +9,7 @@ a SavedModel whose variables are restored from its checkpoint.
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,15 @@ KERAS_WEIGHT_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
 TF1_SIGNATURES = ("image_feature_vector", "default", "serving_default")
 
 IMAGE_SIGNATURE = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)
+
+PRECISIONS = ("float32", "bfloat16")
+# Grappler's oneDNN rewrite runs a graph's convolutions and matrix products in bfloat16
+# on CPUs; graph inputs and outputs stay float32. It works on any loaded SavedModel, so
+# both extractors get the same treatment. The setting is process-wide and TF caches one
+# optimised graph per setting, so each call sets it under a lock.
+_BFLOAT16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
+_rewrite_lock = threading.Lock()
+_rewrite_enabled = [False]
 
 _FIX_HINT = (
     "To run offline: pre-fill a TF Hub cache and point TFHUB_CACHE_DIR at it, or pass a "
@@ -56,6 +66,24 @@ class ExtractorSpec:
     hub_model: str
     keras_weights: str
     keras_pooling: str = "avg"
+    hub_precision: str = "float32"
+    keras_precision: str = "float32"
+
+
+def _check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, received {precision!r}")
+    return precision
+
+
+def run_forward(forward, images, precision):
+    """Calls a traced forward function in the given precision; returns float32 numpy."""
+    with _rewrite_lock:
+        wanted = precision == "bfloat16"
+        if _rewrite_enabled[0] != wanted:
+            tf.config.optimizer.set_experimental_options({_BFLOAT16_REWRITE: wanted})
+            _rewrite_enabled[0] = wanted
+        return forward(images).numpy().astype(np.float32, copy=False)
 
 
 def _load_error(model, location, why, hint=_FIX_HINT):
@@ -65,8 +93,9 @@ def _load_error(model, location, why, hint=_FIX_HINT):
 class HubExtractor:
     """TF Hub InceptionV3 feature vector: float32 [N, 299, 299, 3] in [0, 1] → [N, 2048]."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, precision="float32"):
         self.handle = handle
+        self.precision = _check_precision(precision)
         self.module_path = _resolve_hub_handle(handle)
         self.is_tf1_format = os.path.exists(os.path.join(self.module_path, "tfhub_module.pb"))
         try:
@@ -103,7 +132,7 @@ class HubExtractor:
         )
 
     def __call__(self, images):
-        return self._forward(images).numpy()
+        return run_forward(self._forward, images, self.precision)
 
     @property
     def variables(self):
@@ -115,15 +144,17 @@ class HubExtractor:
             "path": self.module_path,
             "format": "tf1-hub" if self.is_tf1_format else "tf2-saved-model",
             "fingerprint": saved_model_fingerprint(self.module_path),
+            "precision": self.precision,
         }
 
 
 class KerasExtractor:
     """Keras InceptionV3(include_top=False): float32 [N, 299, 299, 3] in [-1, 1] → [N, 2048]."""
 
-    def __init__(self, weights, pooling="avg", dtype_policy=None):
+    def __init__(self, weights, pooling="avg", precision="float32"):
         import keras
 
+        self.precision = _check_precision(precision)
         if pooling not in KERAS_POOLINGS:
             raise ValueError(f"keras_pooling must be one of {KERAS_POOLINGS}, received {pooling!r}")
         self.weights_path = _resolve_keras_weights(weights)
@@ -155,7 +186,7 @@ class KerasExtractor:
         )
 
     def __call__(self, images):
-        return self._forward(images).numpy()
+        return run_forward(self._forward, images, self.precision)
 
     @property
     def variables(self):
@@ -167,6 +198,7 @@ class KerasExtractor:
             "path": self.weights_path,
             "sha256": file_sha256(self.weights_path),
             "pooling": self.pooling,
+            "precision": self.precision,
         }
 
 
