@@ -32,3 +32,17 @@ def write_tf1_hub_module(path):
 def tf1_expected_features(images):
     """The TF1 module's output computed in numpy: images float [N, 299, 299, 3]."""
     return images.mean(axis=(1, 2)) @ TF1_WEIGHTS
+
+
+def write_noisy_hub_model(path):
+    """Writes a TF2 SavedModel with the hub contract whose output carries fresh random
+    noise on every call: a deliberately non-deterministic extractor."""
+    module = tf.Module()
+    module.__call__ = tf.function(
+        lambda images: (
+            tf.tile(tf.reduce_mean(images, axis=[1, 2]), [1, 2048 // 2 + 1])[:, :2048]
+            + tf.random.uniform([tf.shape(images)[0], 2048], maxval=0.01)
+        ),
+        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)],
+    )
+    tf.saved_model.save(module, str(path))

@@ -147,3 +147,89 @@ def test_cli_stops_before_reading_when_model_missing(tmp_path):
     assert "Cannot load the TF Hub model" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not output.exists()
+
+
+def test_bfloat16_is_close_but_not_float32(fixture_pair, fixture_extractors):
+    _, float32_extractor = fixture_extractors
+    bfloat16_extractor = KerasExtractor(fixture_pair.keras_weights, "avg", precision="bfloat16")
+    images = random_images(2, seed=4) * 2.0 - 1.0
+    before = float32_extractor(images)
+    reduced = bfloat16_extractor(images)
+    after = float32_extractor(images)
+    cosine = (reduced * before).sum(axis=1) / np.linalg.norm(reduced, axis=1) / np.linalg.norm(before, axis=1)
+    assert reduced.dtype == np.float32
+    assert cosine.min() >= 0.999
+    assert not np.array_equal(reduced, before)
+    # The process-wide rewrite setting must not leak into the float32 extractor.
+    assert np.array_equal(before, after)
+
+
+def test_keras_variables_left_unloaded_are_rejected(tmp_path, fixture_pair, monkeypatch):
+    import keras
+
+    # Keras may skip a part of a weights file with only a warning, leaving those
+    # variables as initialised. Simulate a load that fills nothing but the first layer.
+    def load_first_variable_only(model, path):
+        first = model.weights[0]
+        first.assign(np.zeros(first.shape, dtype=first.dtype))
+
+    monkeypatch.setattr(keras.Model, "load_weights", load_first_variable_only)
+    with pytest.raises(ModelLoadError) as raised:
+        KerasExtractor(fixture_pair.keras_weights)
+    message = str(raised.value)
+    assert "375 of 376 variables were not in the file" in message
+    assert fixture_pair.keras_weights in message
+
+
+def test_keras_weights_missing_layer_rejected(tmp_path, fixture_pair):
+    import h5py
+
+    partial = tmp_path / "partial.weights.h5"
+    partial.write_bytes(open(fixture_pair.keras_weights, "rb").read())
+    with h5py.File(partial, "r+") as weights_file:
+        del weights_file["layers/conv2d_5"]
+    with pytest.raises(ModelLoadError) as raised:
+        KerasExtractor(str(partial))
+    assert str(partial) in str(raised.value)
+
+
+def test_mismatched_keras_weights_name_file(tmp_path):
+    import keras
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = tmp_path / "small.weights.h5"
+    small.save_weights(path)
+    with pytest.raises(ModelLoadError) as raised:
+        KerasExtractor(str(path))
+    assert str(path) in str(raised.value)
+
+
+def test_model_file_code_is_never_executed(tmp_path):
+    import keras
+
+    marker = tmp_path / "code_ran"
+    marker_path = str(marker)
+    layer = keras.layers.Lambda(lambda x: (open(marker_path, "w").close(), x)[1])
+    model = keras.Sequential([keras.Input((4,)), layer])
+    path = tmp_path / "with_code.keras"
+    model.save(path)
+    marker.unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError):
+        KerasExtractor(str(path))
+    assert not marker.exists()
+
+
+def test_hub_model_with_wrong_output_shape_rejected(tmp_path, fixture_pair):
+    import tensorflow as tf
+
+    from pipeline.preflight import check_models
+
+    module = tf.Module()
+    module.__call__ = tf.function(
+        lambda images: tf.reduce_mean(images, axis=[1, 2]),
+        input_signature=[models.IMAGE_SIGNATURE],
+    )
+    tf.saved_model.save(module, str(tmp_path / "three_outputs"))
+    spec = models.ExtractorSpec(str(tmp_path / "three_outputs"), fixture_pair.keras_weights)
+    with pytest.raises(ModelLoadError, match=r"shape \(1, 3\), expected \(1, 2048\)"):
+        check_models(spec)

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,12 @@ _FIX_HINT = (
     "local SavedModel folder with --hub_model; put Keras' weights file into "
     "$KERAS_HOME/models (default ~/.keras/models) or pass --keras_weights PATH; or run "
     "on the self-built fixture pair with --models fixture."
+)
+
+
+_KERAS_HINT = (
+    "Pass a weights file saved from keras.applications.InceptionV3(include_top=False) with "
+    "--keras_weights, or run on the self-built fixture pair with --models fixture."
 )
 
 
@@ -161,29 +168,49 @@ class KerasExtractor:
         self.weights = weights
         self.pooling = pooling
 
-        # weights=None builds the graph only; the file below replaces every variable, and
-        # load_weights raises when any variable is missing from it or has another shape.
+        # weights=None builds the graph only; _load_weights fills every variable from the file.
         self.model = keras.applications.InceptionV3(
             include_top=False,
             weights=None,
             input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
             pooling=pooling,
         )
+        self._load_weights()
+        model = self.model
+        self._forward = tf.function(
+            lambda images: model(images, training=False), input_signature=[IMAGE_SIGNATURE]
+        )
+
+    def _load_weights(self):
+        """Fills every variable from the weights file, or raises ModelLoadError.
+
+        Keras skips a layer that is missing from a weights file with only a warning,
+        keeping its random initial values. Every variable is set to NaN first, so a
+        variable the file did not fill is found here instead of skewing features.
+        """
+        for variable in self.model.weights:
+            variable.assign(np.full(variable.shape, np.nan, dtype=variable.dtype))
         try:
-            self.model.load_weights(self.weights_path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.model.load_weights(self.weights_path)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise _load_error(
                 "Keras InceptionV3 weights",
                 self.weights_path,
                 f"the file does not hold InceptionV3(include_top=False) weights ({err})",
-                hint="Pass a weights file saved from keras.applications.InceptionV3"
-                "(include_top=False) with --keras_weights.",
+                hint=_KERAS_HINT,
             ) from err
 
-        model = self.model
-        self._forward = tf.function(
-            lambda images: model(images, training=False), input_signature=[IMAGE_SIGNATURE]
-        )
+        unfilled = [variable.path for variable in self.model.weights if np.isnan(variable.numpy()).any()]
+        if unfilled:
+            shown = ", ".join(unfilled[:5]) + (f" and {len(unfilled) - 5} more" if len(unfilled) > 5 else "")
+            raise _load_error(
+                "Keras InceptionV3 weights",
+                self.weights_path,
+                f"{len(unfilled)} of {len(self.model.weights)} variables were not in the file ({shown})",
+                hint=_KERAS_HINT,
+            )
 
     def __call__(self, images):
         return run_forward(self._forward, images, self.precision)
