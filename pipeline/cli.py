@@ -6,7 +6,11 @@ import sys
 USAGE = """usage: inception-parity COMMAND [flags]
 
 Commands:
-  run       extract features with both InceptionV3 models and write them to Parquet
+  run              extract features with both InceptionV3 models and write them to Parquet
+  report           write the statistics, worst images and plots of a finished run
+  explain          rank Keras configurations by how well they match the hub model on sample
+                   images, and find the hub graph's final pooling
+  compare-weights  compare the hub model's variables with the Keras weights, tensor by tensor
 
 Run `inception-parity COMMAND --help` for a command's flags."""
 
@@ -24,6 +28,18 @@ def main(argv=None):
         from pipeline import run
 
         return run.main(rest)
+    if command == "report":
+        from pipeline import report
+
+        return report.main(rest)
+    if command == "explain":
+        from pipeline import explain
+
+        return explain.main(rest)
+    if command == "compare-weights":
+        from pipeline import compare_weights
+
+        return compare_weights.main(rest)
     print(f"inception-parity: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -126,6 +126,17 @@ def _counter(result, name):
     return sum((counter.committed or counter.attempted or 0) for counter in query["counters"])
 
 
+def _write_report(paths):
+    """Writes report/ for the run; a failed report is logged and does not fail the run."""
+    from pipeline.report import format_report_text, write_run_report
+
+    try:
+        return format_report_text(write_run_report(paths.output, paths.run_id))
+    except (OSError, ValueError) as err:
+        _LOGGER.warning("Could not write the report of run %s: %s", paths.run_id, err)
+        return f"No report: {err}"
+
+
 def _precisions(job):
     return job.hub_precision or job.precision, job.keras_precision or job.precision
 
@@ -236,6 +247,8 @@ def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra
     summary = summarize_run(paths)
     summary.update(counts)
     manifest["summary_text"] = format_summary(summary, paths)
+    if not job.no_report:
+        manifest["summary_text"] += "\n" + _write_report(paths)
     if exit_reason:
         manifest["summary_text"] += f"\nExit status {exit_code}: {exit_reason}"
     return manifest

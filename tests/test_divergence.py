@@ -96,3 +96,8 @@ def test_shape_mismatch_raises():
 
 def test_functions_cover_every_divergence_column():
     assert tuple(divergence.DIVERGENCE_FUNCTIONS) == columns.DIVERGENCE_COLUMNS
+
+
+def test_equal_vectors_have_cosine_exactly_one():
+    vector = np.random.default_rng(5).random(2048, dtype=np.float32)
+    assert divergence.cosine_similarity(vector, vector) == 1.0

@@ -45,16 +45,17 @@ def keras_sum(hub, keras):
 def cosine_similarity(hub, keras):
     """Cosine of the angle between the vectors, in [-1, 1].
 
-    Two zero vectors count as identical (1.0); a zero vector against a non-zero one
-    has no direction in common with it (0.0).
+    Equal vectors give exactly 1.0, two zero vectors included; a zero vector against a
+    non-zero one has no direction in common with it (0.0).
     """
     hub, keras = _as_float64(hub, keras)
     norms = np.linalg.norm(hub, axis=-1) * np.linalg.norm(keras, axis=-1)
     dot = (hub * keras).sum(axis=-1)
-    both_zero = ~hub.any(axis=-1) & ~keras.any(axis=-1)
     cosine = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
-    # Round-off can push |cosine| a hair past 1 for near-parallel vectors.
-    return np.where(both_zero, 1.0, np.clip(cosine, -1.0, 1.0))
+    # Dividing by the product of the norms rounds, so equal vectors could score
+    # 0.9999999999999998; they are set to exactly 1.0, and this covers two zero vectors.
+    equal = (hub == keras).all(axis=-1)
+    return np.where(equal, 1.0, np.clip(cosine, -1.0, 1.0))
 
 
 def l2_distance(hub, keras):
