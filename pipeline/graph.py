@@ -32,8 +32,8 @@ def build_pipeline(pipeline, job, spec, paths, run_metadata, known=None, extract
     skipped_parts = [skipped]
 
     # NOTE: known images are recognised by their content hash after decoding, so an
-    # incremental run still decodes every file; moving the check before decoding would
-    # save that time on folders that are mostly done.
+    # incremental run still decodes every file. Checking before decoding would save
+    # that time on folders that are mostly done.
     if known is not None:
         known_images = pipeline | "ListKnownImages" >> beam.Create(sorted(known.items()))
         split = to_extract | "SkipKnownImages" >> beam.ParDo(

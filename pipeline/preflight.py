@@ -16,8 +16,8 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def resolve_spec(job, hub_precision="float32", keras_precision="float32"):
-    """Turns the model flags into an ExtractorSpec and its identity, building the fixture
-    pair when --models fixture asks for it."""
+    """Turns the model flags into an ExtractorSpec and its identity, and builds the
+    fixture pair first with --models fixture."""
     if job.models == "fixture":
         pair = fixture.ensure_fixture_pair(job.fixture_seed)
         hub_model, keras_weights, identity = pair.hub_model, pair.keras_weights, {"fixture": pair.identity}

@@ -82,7 +82,7 @@ def _beam_options(beam_args):
 
 
 def _local_worker_processes(options):
-    """How many processes run the DoFns on this machine: several only in multi_processing."""
+    """Counts the processes that run DoFns on this machine (more than one only in multi_processing)."""
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
         return 1

@@ -103,8 +103,8 @@ def _enable_memory_growth(gpus):
 def configure_threads(intra_op_threads):
     """Sets TensorFlow's intra-op thread count for this process; 0 keeps TF's default.
 
-    TF reads the setting once, when its runtime starts: a process where TF already ran
-    keeps the count it started with, and a warning says so.
+    TF reads the setting once, when its runtime starts. A process where TF already ran
+    keeps the count it started with and logs a warning.
     """
     if not intra_op_threads:
         return

@@ -93,9 +93,9 @@ def mean_abs_diff(hub, keras):
 def pearson(hub, keras):
     """Pearson correlation of the two vectors' values, in [-1, 1].
 
-    The coefficient is undefined when a vector is constant. Two constant vectors count
-    as perfectly correlated (1.0) when they are equal and as uncorrelated (0.0)
-    otherwise; one constant vector against a varying one is uncorrelated (0.0).
+    The coefficient is undefined when a vector is constant, so these cases are defined:
+    two equal constant vectors give 1.0, two different constant vectors give 0.0, and
+    a constant vector against a varying one gives 0.0.
     """
     hub, keras = _as_float64(hub, keras)
     hub_centered = hub - hub.mean(axis=-1, keepdims=True)

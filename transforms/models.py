@@ -58,12 +58,12 @@ _KERAS_HINT = (
 
 
 class ModelLoadError(RuntimeError):
-    """A feature extractor could not be loaded; the message says which, why and what to do."""
+    """A feature extractor failed to load. The message names the model, the reason and the fix."""
 
 
 @dataclass(frozen=True)
 class ExtractorSpec:
-    """What to load: picklable, so it travels to Beam workers.
+    """Description of the two models to load, picklable so that it travels to Beam workers.
 
     hub_model: TF Hub handle (URL) or path to a SavedModel folder.
     keras_weights: "imagenet" or path to a Keras weights file.
@@ -86,10 +86,10 @@ def _check_precision(precision):
 def run_forward(forward, images, precision):
     """Calls a traced forward function in the given precision; returns float32 numpy."""
     with _rewrite_lock:
-        wanted = precision == "bfloat16"
-        if _rewrite_enabled[0] != wanted:
-            tf.config.optimizer.set_experimental_options({_BFLOAT16_REWRITE: wanted})
-            _rewrite_enabled[0] = wanted
+        enable = precision == "bfloat16"
+        if _rewrite_enabled[0] != enable:
+            tf.config.optimizer.set_experimental_options({_BFLOAT16_REWRITE: enable})
+            _rewrite_enabled[0] = enable
         return forward(images).numpy().astype(np.float32, copy=False)
 
 

@@ -44,7 +44,7 @@ _TEMPORARY_PREFIX = ".tmp-"
 
 
 def new_run_id(now=None):
-    """A sortable, unique run id: UTC start time plus 6 random hex digits."""
+    """Makes a sortable, unique run id: the UTC start time plus 6 random hex digits."""
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
@@ -55,7 +55,7 @@ def _is_local(path):
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where one run's files live under --output."""
+    """Locations of one run's files under --output."""
 
     output: str
     run_id: str

@@ -72,7 +72,7 @@ def format_duration(secs):
 
 
 def format_progress(done, total, elapsed_secs):
-    """One progress line: images done, rate and time left (total may be None)."""
+    """Formats one progress line with images done, rate and time left; total may be None."""
     rate = done / elapsed_secs if elapsed_secs > 0 else 0.0
     if not total:
         return f"Progress: {done} images, {rate:.1f} images/s"
@@ -86,8 +86,8 @@ def format_progress(done, total, elapsed_secs):
 class ProgressMonitor:
     """Logs a progress line every interval_secs from a background thread.
 
-    total_fn computes the number of images expected (it may list the input, so it runs
-    on the thread too); it may return None when the total is unknown.
+    total_fn computes the number of images expected, or None when it is unknown. It may
+    list the whole input, so it runs on the background thread too.
     """
 
     def __init__(self, folder, total_fn, interval_secs=15.0):
