@@ -1,6 +1,5 @@
 """The `inception-parity` console command and its subcommands."""
 
-import os
 import sys
 
 USAGE = """usage: inception-parity COMMAND [flags]
@@ -17,9 +16,6 @@ Run `inception-parity COMMAND --help` for a command's flags."""
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    # TensorFlow's C++ start-up notices (CPU features, missing CUDA) are noise on a
-    # command line; TF_CPP_MIN_LOG_LEVEL set by the user wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2

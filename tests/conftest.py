@@ -14,7 +14,6 @@ SHARED_IMAGES = pathlib.Path(
 PHOTOS_DIR = SHARED_IMAGES / "photos"
 ODD_DIR = SHARED_IMAGES / "odd"
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def image_files(folder):
