@@ -27,7 +27,7 @@ from transforms.models import (
     KerasExtractor,
     ModelLoadError,
 )
-from transforms.read import IMAGE_EXTENSIONS, check_local_input, resolve_input_pattern, skip_reason
+from transforms.read import IMAGE_EXTENSIONS, check_local_input, list_image_paths, resolve_input_pattern
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,9 +90,8 @@ def sample_image_paths(input_path, sample):
       FileNotFoundError: the input does not exist or contains no image files.
     """
     check_local_input(input_path)
-    pattern, root = resolve_input_pattern(input_path)
-    matched = FileSystems.match([pattern])[0].metadata_list
-    images = sorted(metadata.path for metadata in matched if skip_reason(metadata.path, root) is None)
+    pattern, _ = resolve_input_pattern(input_path)
+    images = list_image_paths(input_path)
     if not images:
         raise FileNotFoundError(
             f"--input {input_path!r} contains no image files (pattern {pattern!r}); pass a folder "

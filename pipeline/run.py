@@ -21,7 +21,6 @@ import time
 from datetime import datetime, timezone
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -34,7 +33,7 @@ from transforms.incremental import extraction_key, known_images, recover_incompl
 from transforms.models import ModelLoadError
 from transforms.output import RunPaths, new_run_id, promote_run, write_manifest
 from transforms.progress import ProgressCounter, ProgressMonitor
-from transforms.read import check_local_input, resolve_input_pattern, skip_reason
+from transforms.read import check_local_input, list_image_paths, resolve_input_pattern
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -112,13 +111,6 @@ def _output_lock(output):
                 f"another inception-parity run is writing to {output!r}; wait for it to finish"
             ) from err
         yield
-
-
-def count_images_to_extract(input_path):
-    """Counts the matched files that are not skipped: the images a run will try."""
-    pattern, root = resolve_input_pattern(input_path)
-    matched = FileSystems.match([pattern])[0].metadata_list
-    return sum(1 for metadata in matched if skip_reason(metadata.path, root) is None)
 
 
 def _counter(result, name):
@@ -201,7 +193,7 @@ def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, job, spec, paths, run_metadata, known, extract_options)
     monitor = (
-        ProgressMonitor(progress_folder, lambda: count_images_to_extract(job.input) - len(known or ()))
+        ProgressMonitor(progress_folder, lambda: len(list_image_paths(job.input)) - len(known or ()))
         if progress_folder
         else contextlib.nullcontext()
     )
