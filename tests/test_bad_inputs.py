@@ -1086,3 +1086,31 @@ def test_all_cases_in_one_pipeline(tmp_path, hang_limit):
             assert re.search(case_expected.reason, reason), f"{expected[path].name}: {reason!r}"
         if isinstance(case_expected, Error):
             assert stage == case_expected.stage, expected[path].name
+
+
+@pytest.mark.slow
+def test_run_over_all_cases_exits_with_error_status(tmp_path, hang_limit, fixture_pair, capsys):
+    from pipeline import run as run_module
+
+    folder = tmp_path / "input"
+    expected_kinds = {"features": 0, "errors": 0, "skipped": 0}
+    for index, case in enumerate(CASES):
+        case_folder = folder / f"case{index:02d}"
+        case_folder.mkdir(parents=True)
+        built = case.build(case_folder, tmp_path / f"outside{index:02d}")
+        kind = {Features: "features", Error: "errors", Skip: "skipped"}[type(case.expected)]
+        expected_kinds[kind] += len(built)
+
+    output = tmp_path / "out"
+    status = run_module.main(["--input", str(folder), "--output", str(output), "--models", "fixture"])
+
+    # Far more than 5% of the files are broken, so the run ends with status 4 after
+    # writing everything, and its accounting line holds.
+    assert status == 4
+    (manifest_path,) = (output / "runs").glob("*.json")
+    manifest = json.loads(manifest_path.read_text())
+    counts = manifest["counts"]
+    assert manifest["accounting_ok"] is True
+    assert counts["matched"] == counts["features"] + counts["errors"] + counts["skipped"]
+    assert {kind: counts[kind] for kind in expected_kinds} == expected_kinds
+    assert "Exit status 4" in capsys.readouterr().out
