@@ -23,12 +23,12 @@ class ProgressCounter:
         self._interval_secs = interval_secs
         self._done = 0
         self._file = None
-        self._written_at = 0.0
+        self._written_at = None
 
     def add(self, count):
         self._done += count
         now = time.monotonic()
-        if now - self._written_at >= self._interval_secs:
+        if self._written_at is None or now - self._written_at >= self._interval_secs:
             self.write()
             self._written_at = now
 
@@ -71,9 +71,8 @@ def format_duration(secs):
     return f"{seconds} s"
 
 
-def format_progress(done, total, elapsed_secs):
-    """Formats one progress line with images done, rate and time left; total may be None."""
-    rate = done / elapsed_secs if elapsed_secs > 0 else 0.0
+def format_progress(done, total, rate):
+    """Formats one progress line with images done, rate (images/s) and time left; total may be None."""
     if not total:
         return f"Progress: {done} images, {rate:.1f} images/s"
     percent = 100.0 * done / total
@@ -98,7 +97,6 @@ class ProgressMonitor:
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def __enter__(self):
-        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -112,9 +110,15 @@ class ProgressMonitor:
         except (OSError, ValueError) as err:
             _LOGGER.warning("Cannot count the input images for progress lines: %s", err)
             total = None
+        # The rate counts from the first finished batch, so that model loading and
+        # tracing do not make the time left look longer than it is.
+        first = None
         last_done = -1
         while not self._stopped.wait(self._interval_secs):
-            done = read_done(self._folder)
+            done, now = read_done(self._folder), time.monotonic()
+            if done and first is None:
+                first = (done, now)
+            rate = (done - first[0]) / (now - first[1]) if first and now > first[1] else 0.0
             if done != last_done:
-                _LOGGER.info(format_progress(done, total, time.monotonic() - self._started))
+                _LOGGER.info(format_progress(done, total, rate))
                 last_done = done
