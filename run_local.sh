@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV_EXTRAS="report"
+VENV_EXTRAS="report,read"
 # shellcheck source=scripts/ensure_venv.sh
 source "$PROJECT_ROOT/scripts/ensure_venv.sh"
 

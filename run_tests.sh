@@ -8,6 +8,6 @@ VENV_EXTRAS="test,report"
 source "$PROJECT_ROOT/scripts/ensure_venv.sh"
 
 cd "$PROJECT_ROOT"
-"$VENV_DIR/bin/ruff" check pipeline transforms tests benchmarks
-"$VENV_DIR/bin/ruff" format --check pipeline transforms tests benchmarks
+"$VENV_DIR/bin/ruff" check pipeline transforms tests benchmarks scripts
+"$VENV_DIR/bin/ruff" format --check pipeline transforms tests benchmarks scripts
 exec "$VENV_DIR/bin/python" -m pytest "$@"

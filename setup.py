@@ -26,7 +26,9 @@ setuptools.setup(
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
         "report": ["matplotlib>=3.7"],
+        "read": ["pandas>=2", "duckdb>=1"],
         "test": ["pytest>=8", "pandas>=2", "duckdb>=1", "ruff>=0.6"],
+        "bench": ["psutil>=5", "pandas>=2", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["inception-parity=pipeline.cli:main"]},
 )

@@ -9,7 +9,7 @@ from transforms.image_decode import DecodeImageFn
 from transforms.incremental import SKIPPED_TAG as KNOWN_TAG
 from transforms.incremental import SkipKnownImagesFn
 from transforms.output import WriteTable
-from transforms.read import MatchImageFiles
+from transforms.read import MatchImageFiles, output_folder_to_exclude
 
 
 def build_pipeline(pipeline, job, spec, paths, run_metadata, known=None, extract_options=None):
@@ -23,7 +23,9 @@ def build_pipeline(pipeline, job, spec, paths, run_metadata, known=None, extract
       known: {image_key: run_id} of images to skip (incremental runs), or None.
       extract_options: extra keyword arguments of ExtractFeaturesFn (threads, progress).
     """
-    images, skipped = pipeline | "MatchImageFiles" >> MatchImageFiles(job.input)
+    images, skipped = pipeline | "MatchImageFiles" >> MatchImageFiles(
+        job.input, exclude_folder=output_folder_to_exclude(job.output)
+    )
 
     decoded = images | "DecodeImages" >> beam.ParDo(
         DecodeImageFn(job.resize_filter, job.max_image_pixels)

@@ -1,6 +1,7 @@
 """The job's own command-line flags; everything else is passed on to Beam."""
 
 import argparse
+import re
 
 from transforms.devices import DEVICE_CHOICES_HELP, parse_device
 from transforms.fixture import DEFAULT_FIXTURE_SEED
@@ -10,23 +11,40 @@ from transforms.models import DEFAULT_HUB_MODEL, IMAGENET, KERAS_POOLINGS, PRECI
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LOCAL_RUNNER = "FnApiRunner"
 DEFAULT_MAX_ERROR_FRACTION = 0.05
+# A run id names a folder (run=RUN_ID) and a file (runs/RUN_ID.json): no separators.
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 
-def _positive_int(text):
+def positive_integer(text):
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
     return value
 
 
-def _fraction(text):
+def fraction(text):
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, received {text}")
     return value
 
 
-def _device(text):
+def non_negative_integer(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, received {text}")
+    return value
+
+
+def run_id(text):
+    if not _RUN_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be letters, digits, '.', '_' or '-', not starting with '.', received {text!r}"
+        )
+    return text
+
+
+def device(text):
     try:
         return parse_device(text)
     except ValueError as err:
@@ -52,10 +70,16 @@ def build_parser(prog="inception-parity run"):
         "Image extensions are matched case-insensitively; hidden files are skipped.",
     )
     io_group.add_argument(
-        "--output", required=True, help="Folder that receives features/, errors/, skipped/ and runs/."
+        "--output",
+        required=True,
+        help="Folder that receives features/, errors/, skipped/, runs/ and report/. Files under it "
+        "are never read as input.",
     )
     io_group.add_argument(
-        "--run_id", help="Name of this run's partition (default: UTC time + random suffix)."
+        "--run_id",
+        type=run_id,
+        help="Name of this run's partition; it must be new under --output (default: UTC time + "
+        "random suffix).",
     )
     io_group.add_argument(
         "--incremental",
@@ -65,14 +89,14 @@ def build_parser(prog="inception-parity run"):
     )
     io_group.add_argument(
         "--max_error_fraction",
-        type=_fraction,
+        type=fraction,
         default=DEFAULT_MAX_ERROR_FRACTION,
         help="Exit with status 4 when more than this fraction of the images to process became "
         "errors; everything is still written (default: %(default)s).",
     )
     io_group.add_argument(
         "--rows_per_file",
-        type=_positive_int,
+        type=positive_integer,
         default=512,
         help="Rows per Parquet file a worker writes. Files are kept when a run is killed, so "
         "smaller files mean less work repeated by the next --incremental run (default: %(default)s).",
@@ -111,7 +135,7 @@ def build_parser(prog="inception-parity run"):
     )
     models.add_argument(
         "--fixture_seed",
-        type=int,
+        type=non_negative_integer,
         default=DEFAULT_FIXTURE_SEED,
         help="Seed of the fixture pair's weights with --models fixture (default: %(default)s).",
     )
@@ -125,14 +149,14 @@ def build_parser(prog="inception-parity run"):
     )
     processing.add_argument(
         "--max_image_pixels",
-        type=_positive_int,
+        type=positive_integer,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help="Images with more pixels (width x height, read from the header) become errors "
         "before they are decoded (default: %(default)s).",
     )
     processing.add_argument(
         "--batch_size",
-        type=_positive_int,
+        type=positive_integer,
         default=DEFAULT_BATCH_SIZE,
         help="Images per forward pass (default: %(default)s).",
     )
@@ -166,7 +190,7 @@ def build_parser(prog="inception-parity run"):
     )
     processing.add_argument(
         "--device",
-        type=_device,
+        type=device,
         default="auto",
         help=f"{DEVICE_CHOICES_HELP}. auto takes a GPU when TensorFlow sees one and spreads "
         "worker processes over the GPUs (default: %(default)s).",

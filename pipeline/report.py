@@ -80,6 +80,7 @@ def write_run_report(output, run_id, worst_n=DEFAULT_WORST_N):
         "statistics": {name: column_statistics(features[name]) for name in columns.DIVERGENCE_COLUMNS},
         "worst_images": worst_images(features, worst_n),
         "determinism": _determinism(features, worst_n),
+        "complete": _run_is_complete(paths),
     }
 
     # Plots, then the two text files.
@@ -88,6 +89,20 @@ def write_run_report(output, run_id, worst_n=DEFAULT_WORST_N):
     _write_text(FileSystems.join(folder, REPORT_FILE), format_report_markdown(summary))
     _LOGGER.info("Wrote the report of run %s to %s", run_id, folder)
     return summary
+
+
+def _run_is_complete(paths):
+    """False for a run recovered after it was killed (its manifest says so), else True."""
+    if not FileSystems.exists(paths.manifest):
+        return True
+    with FileSystems.open(paths.manifest) as handle:
+        return json.loads(handle.read().decode("utf-8")).get("complete", True)
+
+
+_INCOMPLETE_WARNING = (
+    "This run did not finish: it was killed, and its whole files were recovered by a later "
+    "--incremental run. The statistics cover only the images it completed."
+)
 
 
 def _parquet_files(paths, table):
@@ -405,6 +420,8 @@ def format_report_markdown(summary):
     """Formats report.md from a summary dict of write_run_report."""
     counts = summary["counts"]
     lines = [f"# Run report {summary['run_id']}", ""]
+    if not summary.get("complete", True):
+        lines += [f"**{_INCOMPLETE_WARNING}**", ""]
     run = summary["run"]
     if run is not None:
         lines += [f"Input: `{run['input']}`, started at {run['started_at']}.", ""]
@@ -516,6 +533,8 @@ def format_report_text(summary):
         f"Report of run {summary['run_id']}: {counts['features']} images, {counts['errors']} errors, "
         f"{counts['skipped']} skipped; written to {report_path}"
     ]
+    if not summary.get("complete", True):
+        lines.append(_INCOMPLETE_WARNING)
     if counts["features"] == 0:
         lines.append("No feature rows: no divergence statistics, worst images or plots.")
         return "\n".join(lines)

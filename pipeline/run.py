@@ -4,11 +4,13 @@ checks the accounting, writes the manifest and prints a summary.
 Exit codes (also in the README):
   0  the run finished; its manifest is written
   1  the pipeline failed while running; whole files stay in staging for --incremental
-  2  invalid flags, or --input not found
+  2  invalid flags, --input not found or matching no files, --output a file, a reused
+     --run_id, or a --device GPU that does not exist
   3  a model cannot be loaded (no image was read)
   4  the run finished, but more than --max_error_fraction of its images became errors
   5  the run finished, but matched files != features + errors + skipped
   6  another run is writing to the same --output
+  130  interrupted (Ctrl-C); whole files stay in staging for --incremental
 """
 
 import contextlib
@@ -21,6 +23,7 @@ import time
 from datetime import datetime, timezone
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -28,12 +31,17 @@ from pipeline.graph import build_pipeline
 from pipeline.options import DEFAULT_LOCAL_RUNNER, parse_job_args
 from pipeline.preflight import check_models, resolve_spec
 from pipeline.summary import format_summary, summarize_run
-from transforms.devices import configure_threads
+from transforms.devices import DeviceNotFoundError, check_device_exists, configure_threads
 from transforms.incremental import extraction_key, known_images, recover_incomplete_runs
 from transforms.models import ModelLoadError
 from transforms.output import RunPaths, new_run_id, promote_run, write_manifest
 from transforms.progress import ProgressCounter, ProgressMonitor
-from transforms.read import check_local_input, list_image_paths, resolve_input_pattern
+from transforms.read import (
+    check_local_input,
+    list_image_paths,
+    output_folder_to_exclude,
+    resolve_input_pattern,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,10 +52,19 @@ EXIT_MODEL_LOAD = 3
 EXIT_TOO_MANY_ERRORS = 4
 EXIT_ACCOUNTING = 5
 EXIT_OUTPUT_LOCKED = 6
+EXIT_INTERRUPTED = 130
 
 
 class OutputLockedError(RuntimeError):
     """Another run holds the lock of the same --output folder."""
+
+
+class UsageError(ValueError):
+    """Flags that cannot work together with what is on disk; exit status 2."""
+
+
+class PipelineFailedError(RuntimeError):
+    """The Beam pipeline raised while running; its whole files stay in staging."""
 
 
 def library_versions():
@@ -113,6 +130,19 @@ def _output_lock(output):
         yield
 
 
+def _check_output(paths):
+    """Raises UsageError when --output is a file or the run id was used there before."""
+    output = paths.output
+    if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output!r} is a file; pass a folder")
+    taken = [paths.manifest, paths.table_folder("features"), paths.staging_root]
+    if any(FileSystems.exists(path) for path in taken):
+        raise UsageError(
+            f"run id {paths.run_id!r} already exists under {output!r}; pass a new --run_id or leave "
+            "it out to get a fresh one"
+        )
+
+
 def _counter(result, name):
     query = result.metrics().query(MetricsFilter().with_namespace("inception_parity").with_name(name))
     return sum((counter.committed or counter.attempted or 0) for counter in query["counters"])
@@ -143,17 +173,28 @@ def run(argv=None, test_pipeline=None):
     options = _beam_options(beam_args)
     run_id = job.run_id or new_run_id()
     paths = RunPaths(job.output, run_id)
+    _check_output(paths)
     pattern, _ = resolve_input_pattern(job.input)
 
     # Thread counts only take effect before TensorFlow's first operation in a process.
     intra_op_threads = _intra_op_threads(job, options)
     if _local_worker_processes(options) == 1:
         configure_threads(intra_op_threads)
+    check_device_exists(job.device)
 
     # Both models must load before any image is read.
     hub_precision, keras_precision = _precisions(job)
     spec, fixture_identity = resolve_spec(job, hub_precision, keras_precision)
-    model_identities = check_models(spec)
+    try:
+        model_identities = check_models(spec)
+    except ModelLoadError as err:
+        if job.models != "fixture":
+            raise
+        folder = os.path.dirname(spec.keras_weights)
+        raise ModelLoadError(
+            f"{err}\nThe cached fixture pair in {folder!r} is damaged: delete that folder, and the "
+            "next run builds it again."
+        ) from err
     model_identities.update(fixture_identity)
     key = extraction_key(model_identities, job.resize_filter)
 
@@ -193,13 +234,19 @@ def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, job, spec, paths, run_metadata, known, extract_options)
     monitor = (
-        ProgressMonitor(progress_folder, lambda: len(list_image_paths(job.input)) - len(known or ()))
+        ProgressMonitor(
+            progress_folder,
+            lambda: len(list_image_paths(job.input, output_folder_to_exclude(job.output))) - len(known or ()),
+        )
         if progress_folder
         else contextlib.nullcontext()
     )
     with monitor:
-        result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as err:  # noqa: BLE001 - Beam wraps worker failures in many types
+            raise PipelineFailedError(f"the pipeline failed: {type(err).__name__}: {err}") from err
     pipeline_secs = time.perf_counter() - started
 
     # Promote the staged files, then check that every matched file is accounted for.
@@ -212,7 +259,10 @@ def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra
     error_fraction = counts["errors"] / attempted if attempted else 0.0
 
     exit_code, exit_reason = EXIT_OK, None
-    if accounted != counts["matched"]:
+    if counts["matched"] == 0:
+        exit_code = EXIT_USAGE
+        exit_reason = f"--input {job.input!r} matched no files"
+    elif accounted != counts["matched"]:
         exit_code = EXIT_ACCOUNTING
         exit_reason = (
             f"accounting mismatch: {counts['matched']} files matched, but {counts['features']} features + "
@@ -266,11 +316,21 @@ def main(argv=None):
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MODEL_LOAD
+    except (UsageError, DeviceNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except OutputLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_OUTPUT_LOCKED
-    except Exception:  # noqa: BLE001 - any failure inside the pipeline maps to one exit code
-        _LOGGER.exception("The pipeline failed; whole files stay in staging for a --incremental rerun")
+    except PipelineFailedError as err:
+        _LOGGER.error("%s", err, exc_info=err.__cause__)
+        _LOGGER.error("Whole files written so far stay in staging; rerun with --incremental to keep them")
         return EXIT_PIPELINE_FAILED
+    except KeyboardInterrupt:
+        print(
+            "interrupted: whole files written so far stay in staging; rerun with --incremental to keep them",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(manifest["summary_text"])
     return manifest["exit_code"]

@@ -56,10 +56,14 @@ def summarize_run(paths):
     return summary
 
 
+def _images(count):
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
 def format_summary(summary, paths):
     """Formats the end-of-run lines a person reads."""
     lines = [
-        f"Run {paths.run_id}: {summary['features']} images done, {summary['errors']} failed, "
+        f"Run {paths.run_id}: {_images(summary['features'])} done, {summary['errors']} failed, "
         f"{summary['skipped']} skipped (of {summary.get('matched', '?')} files matched)"
     ]
     if summary["features"]:

@@ -15,7 +15,6 @@ PHOTOS_DIR = SHARED_IMAGES / "photos"
 ODD_DIR = SHARED_IMAGES / "odd"
 
 
-
 def image_files(folder):
     """Every regular file in folder, sorted; fails loudly when the folder is missing."""
     assert folder.is_dir(), f"test images not found at {folder}; set INCEPTION_PARITY_SHARED_IMAGES"

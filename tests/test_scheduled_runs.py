@@ -172,6 +172,10 @@ def test_killed_run_resumes_with_every_image_once(tmp_path, fixture_pair):
     assert sorted(everything["path"]) == sorted(expected)
     assert not everything["path"].duplicated().any()
 
+    from pipeline.report import write_run_report
+
+    assert write_run_report(str(output), recovered_id)["complete"] is False
+
 
 def test_locked_output_exits_with_status_6(tmp_path, fixture_pair):
     output = tmp_path / "out"
@@ -187,3 +191,81 @@ def test_missing_input_exits_with_status_2(tmp_path, capsys):
     status = run_module.main(["--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")])
     assert status == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_output_inside_input_is_never_read(tmp_path, fixture_pair):
+    folder = tmp_path / "images"
+    make_crops(folder, 2)
+    output = folder / "features_out"
+    run_job("--input", folder, "--output", output, "--models", "fixture")
+    second = run_job("--input", folder, "--output", output, "--models", "fixture")
+    assert second["counts"]["matched"] == 2
+    assert second["counts"]["features"] == 2
+    assert second["counts"]["skipped"] == 0
+
+
+def test_relative_glob_stores_absolute_paths(tmp_path, fixture_pair, monkeypatch):
+    folder = tmp_path / "images"
+    make_crops(folder, 1)
+    monkeypatch.chdir(tmp_path)
+    run_job("--input", "images/*.jpg", "--output", "out", "--models", "fixture")
+    features = pd.read_parquet(tmp_path / "out" / "features")
+    assert list(features["path"]) == [str(folder / "crop_000.jpg")]
+
+
+def test_reused_run_id_exits_with_status_2(tmp_path, fixture_pair, capsys):
+    args = ["--input", str(PHOTOS_DIR / "rocket.jpg"), "--output", str(tmp_path), "--models", "fixture"]
+    assert run_module.main([*args, "--run_id", "nightly"]) == 0
+    assert run_module.main([*args, "--run_id", "nightly"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "a/b", ".hidden", ""])
+def test_run_id_with_separators_rejected(tmp_path, run_id):
+    status = run_module.main(["--input", str(PHOTOS_DIR), "--output", str(tmp_path), "--run_id", run_id])
+    assert status == 2
+
+
+def test_output_that_is_a_file_exits_with_status_2(tmp_path, capsys):
+    target = tmp_path / "out.txt"
+    target.write_text("not a folder")
+    assert run_module.main(["--input", str(PHOTOS_DIR), "--output", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_missing_gpu_exits_with_status_2_before_loading(tmp_path, capsys, monkeypatch):
+    import pipeline.preflight
+
+    def fail(*args, **kwargs):
+        raise AssertionError("models must not load when the device does not exist")
+
+    monkeypatch.setattr(pipeline.preflight, "check_models", fail)
+    status = run_module.main(["--input", str(PHOTOS_DIR), "--output", str(tmp_path), "--device", "gpu:3"])
+    assert status == 2
+    assert "pass --device auto or cpu" in capsys.readouterr().err
+
+
+def test_glob_matching_nothing_exits_with_status_2(tmp_path, fixture_pair, capsys):
+    status = run_module.main(
+        ["--input", str(PHOTOS_DIR / "*.webp"), "--output", str(tmp_path), "--models", "fixture"]
+    )
+    assert status == 2
+    assert "matched no files" in capsys.readouterr().out
+
+
+def test_damaged_fixture_cache_says_to_delete_it(tmp_path, fixture_pair, monkeypatch, capsys):
+    import shutil
+
+    from transforms.fixture import FIXTURE_VERSION
+
+    cache = tmp_path / "cache"
+    folder = cache / f"fixture-v{FIXTURE_VERSION}-seed1234"
+    shutil.copytree(os.path.dirname(fixture_pair.keras_weights), folder)
+    weights = folder / os.path.basename(fixture_pair.keras_weights)
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setenv("INCEPTION_PARITY_CACHE", str(cache))
+    status = run_module.main(
+        ["--input", str(PHOTOS_DIR), "--output", str(tmp_path / "out"), "--models", "fixture"]
+    )
+    assert status == 3
+    assert f"The cached fixture pair in {str(folder)!r} is damaged" in capsys.readouterr().err

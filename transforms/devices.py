@@ -61,6 +61,25 @@ def release_claims():
     _held_claims.clear()
 
 
+class DeviceNotFoundError(ValueError):
+    """--device names a GPU that TensorFlow does not see."""
+
+
+def check_device_exists(requested):
+    """Raises DeviceNotFoundError, with what to pass instead, when --device names a GPU TF cannot see."""
+    requested = parse_device(requested)
+    if requested in ("auto", "cpu"):
+        return
+    count = len(tf.config.list_physical_devices("GPU"))
+    match = _GPU_INDEX.match(requested)
+    index = int(match.group(1)) if match else 0
+    if index >= count:
+        seen = "no GPU" if count == 0 else f"only {count} GPU(s): gpu:0 to gpu:{count - 1}"
+        raise DeviceNotFoundError(
+            f"--device {requested} was requested, but TensorFlow sees {seen}; pass --device auto or cpu"
+        )
+
+
 def select_device(requested, lock_dir=None):
     """Returns the TF device name ("/CPU:0" or "/GPU:i") for a parsed --device value.
 

@@ -62,10 +62,15 @@ def resolve_input_pattern(input_path):
     An existing local folder or file is taken literally even when its name contains glob
     characters ("photos [2019]"): they are escaped in the pattern.
 
+    A local input is made absolute first, so that stored paths do not depend on the
+    working directory (an incremental run from another folder finds the same paths).
+
     Returns:
       (pattern, root): root is the folder part above the first glob character.
     """
     is_remote = "://" in input_path
+    if not is_remote:
+        input_path = os.path.abspath(input_path)
     if not is_remote and os.path.isdir(input_path):
         folder = os.path.abspath(input_path)
         return FileSystems.join(escape_glob(folder), "**"), folder
@@ -238,6 +243,19 @@ def skip_reason(path, root):
     return None
 
 
+def is_inside(path, folder):
+    """Tells whether path lies in folder (both absolute local paths or both URLs)."""
+    if not folder:
+        return False
+    folder = folder.rstrip("/") + "/"
+    return path.startswith(folder)
+
+
+def output_folder_to_exclude(output):
+    """Normalises --output so that the input listing can leave the job's own files out."""
+    return output if "://" in output else os.path.abspath(output)
+
+
 class _ClassifyMatchesFn(beam.DoFn):
     def __init__(self, root):
         self._root = root
@@ -265,9 +283,10 @@ class MatchImageFiles(beam.PTransform):
     a Reshuffle, and whose SKIPPED_TAG output holds rows of columns.SKIPPED_SCHEMA.
     """
 
-    def __init__(self, input_path):
+    def __init__(self, input_path, exclude_folder=None):
         super().__init__()
         self._pattern, self._root = resolve_input_pattern(input_path)
+        self._exclude_folder = exclude_folder
 
     @property
     def pattern(self):
@@ -278,7 +297,7 @@ class MatchImageFiles(beam.PTransform):
         matches = (
             pbegin
             | "CreatePattern" >> beam.Create([self._pattern])
-            | "MatchFiles" >> beam.FlatMap(match_files)
+            | "MatchFiles" >> beam.FlatMap(_match_outside, self._exclude_folder)
         )
         classified = matches | "ClassifyMatches" >> beam.ParDo(_ClassifyMatchesFn(self._root)).with_outputs(
             SKIPPED_TAG, main="images"
@@ -396,8 +415,14 @@ def check_local_input(input_path):
         raise FileNotFoundError(f"--input {input_path!r} not found: no file or folder at {root or '.'!r}")
 
 
-def list_image_paths(input_path):
+def _match_outside(pattern, exclude_folder):
+    """Matches pattern, leaving out everything under exclude_folder (the job's --output,
+    when it lies inside --input: a run must never read its own files as input)."""
+    return [metadata for metadata in match_files(pattern) if not is_inside(metadata.path, exclude_folder)]
+
+
+def list_image_paths(input_path, exclude_folder=None):
     """Lists, sorted, the matched paths of --input that a run would try to decode."""
     pattern, root = resolve_input_pattern(input_path)
-    matched = match_files(pattern)
+    matched = _match_outside(pattern, exclude_folder)
     return sorted(metadata.path for metadata in matched if skip_reason(metadata.path, root) is None)
