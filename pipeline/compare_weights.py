@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.explain import add_model_flags, resolve_model_flags, write_json
+from pipeline.explain import resolve_model_flags, write_json
+from pipeline.options import add_model_flags, configure_logging
 from transforms.models import HubExtractor, KerasExtractor, ModelLoadError
 
 _LOGGER = logging.getLogger(__name__)
@@ -258,10 +259,7 @@ def build_parser(prog="inception-parity compare-weights"):
 
 def main(argv=None):
     """Console entry of `inception-parity compare-weights`; returns the exit code (module docstring)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     spec = resolve_model_flags(parser, args)

@@ -13,14 +13,12 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.options import add_model_flags, check_model_flags, configure_logging, positive_integer
 from pipeline.preflight import resolve_spec
 from transforms import columns, divergence, preprocess
-from transforms.fixture import DEFAULT_FIXTURE_SEED
 from transforms.image_decode import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS, ImageDecodeError, decode_image
 from transforms.models import (
-    DEFAULT_HUB_MODEL,
     IMAGE_SIGNATURE,
-    IMAGENET,
     KERAS_POOLINGS,
     TF1_SIGNATURES,
     HubExtractor,
@@ -607,39 +605,9 @@ def _gap_text(row):
     )
 
 
-def add_model_flags(parser):
-    """Adds --models, --hub_model, --keras_weights and --fixture_seed, as `inception-parity run` has them."""
-    models = parser.add_argument_group("models")
-    models.add_argument(
-        "--models",
-        choices=(IMAGENET, "fixture"),
-        default=IMAGENET,
-        help="imagenet: the real models named by --hub_model and --keras_weights. fixture: the "
-        "self-built pair with seeded weights (default: %(default)s).",
-    )
-    models.add_argument(
-        "--hub_model",
-        default=None,
-        help=f"TF Hub handle or local SavedModel folder (default: {DEFAULT_HUB_MODEL}).",
-    )
-    models.add_argument(
-        "--keras_weights",
-        default=None,
-        help="'imagenet' or a path to a Keras InceptionV3(include_top=False) weights file "
-        "(default: imagenet).",
-    )
-    models.add_argument(
-        "--fixture_seed",
-        type=int,
-        default=DEFAULT_FIXTURE_SEED,
-        help="Seed of the fixture pair with --models fixture (default: %(default)s).",
-    )
-
-
 def resolve_model_flags(parser, args):
     """Returns the ExtractorSpec of the model flags; exits through parser.error on a conflict."""
-    if args.models == "fixture" and (args.hub_model or args.keras_weights):
-        parser.error("--models fixture builds its own pair; drop --hub_model and --keras_weights")
+    check_model_flags(parser, args)
     job = argparse.Namespace(
         models=args.models,
         fixture_seed=args.fixture_seed,
@@ -662,7 +630,7 @@ def build_parser(prog="inception-parity explain"):
     parser.add_argument("--input", required=True, help="Folder (searched recursively), glob or single file.")
     parser.add_argument(
         "--sample",
-        type=_positive_int,
+        type=positive_integer,
         default=DEFAULT_SAMPLE,
         help="Number of images, spread evenly over the sorted matches (default: %(default)s).",
     )
@@ -675,20 +643,13 @@ def build_parser(prog="inception-parity explain"):
     )
     parser.add_argument(
         "--batch_size",
-        type=_positive_int,
+        type=positive_integer,
         default=DEFAULT_BATCH_SIZE,
         help="Images per forward pass (default: %(default)s).",
     )
     parser.add_argument("--json", default=None, help="Also write the full result as JSON to this file.")
     add_model_flags(parser)
     return parser
-
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
-    return value
 
 
 def load_models(spec):
@@ -708,10 +669,7 @@ def main(argv=None):
 
     Exit codes: 0 done, 2 invalid flags or no decodable image, 3 a model cannot be loaded.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     spec = resolve_model_flags(parser, args)

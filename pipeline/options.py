@@ -1,6 +1,7 @@
 """The job's own command-line flags; everything else is passed on to Beam."""
 
 import argparse
+import logging
 import re
 
 from transforms.devices import DEVICE_CHOICES_HELP, parse_device
@@ -49,6 +50,55 @@ def device(text):
         return parse_device(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def add_model_flags(parser):
+    """Adds the flags that name the two models (shared by run, explain and compare-weights).
+
+    Returns the argument group, so that a command can add its own model flags to it.
+    """
+    models = parser.add_argument_group("models")
+    models.add_argument(
+        "--models",
+        choices=(IMAGENET, "fixture"),
+        default=IMAGENET,
+        help="imagenet: the real models named by --hub_model and --keras_weights. fixture: "
+        "a self-built pair with seeded weights, for offline runs and tests (default: %(default)s).",
+    )
+    models.add_argument(
+        "--hub_model",
+        default=None,
+        help="TF Hub handle or local SavedModel folder, in TF2 or legacy TF1 Hub format "
+        f"(default: {DEFAULT_HUB_MODEL}).",
+    )
+    models.add_argument(
+        "--keras_weights",
+        default=None,
+        help="'imagenet' or a path to a Keras weights file for InceptionV3(include_top=False) "
+        "(default: imagenet).",
+    )
+    models.add_argument(
+        "--fixture_seed",
+        type=non_negative_integer,
+        default=DEFAULT_FIXTURE_SEED,
+        help="Seed of the fixture pair's weights with --models fixture (default: %(default)s).",
+    )
+    return models
+
+
+def check_model_flags(parser, args):
+    """Exits through parser.error when --models fixture comes with explicit model paths."""
+    if args.models == "fixture" and (args.hub_model or args.keras_weights):
+        parser.error("--models fixture builds its own pair; drop --hub_model and --keras_weights")
+
+
+def configure_logging():
+    """Sets up INFO logging for a command; Beam's own INFO lines (shard renames, batch
+    statistics) are left out."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 def build_parser(prog="inception-parity run"):
@@ -107,37 +157,12 @@ def build_parser(prog="inception-parity run"):
         help="Do not write report/ (statistics and plots) at the end of the run.",
     )
 
-    models = parser.add_argument_group("models")
-    models.add_argument(
-        "--models",
-        choices=(IMAGENET, "fixture"),
-        default=IMAGENET,
-        help="imagenet: the real models named by --hub_model and --keras_weights. fixture: "
-        "a self-built pair with seeded weights, for offline runs and tests (default: %(default)s).",
-    )
-    models.add_argument(
-        "--hub_model",
-        default=None,
-        help="TF Hub handle or local SavedModel folder, in TF2 or legacy TF1 Hub format "
-        f"(default: {DEFAULT_HUB_MODEL}).",
-    )
-    models.add_argument(
-        "--keras_weights",
-        default=None,
-        help="'imagenet' or a path to a Keras weights file for InceptionV3(include_top=False) "
-        "(default: imagenet).",
-    )
+    models = add_model_flags(parser)
     models.add_argument(
         "--keras_pooling",
         choices=KERAS_POOLINGS,
         default="avg",
         help="Global pooling over Keras' 8x8x2048 map (default: %(default)s, as the hub model).",
-    )
-    models.add_argument(
-        "--fixture_seed",
-        type=non_negative_integer,
-        default=DEFAULT_FIXTURE_SEED,
-        help="Seed of the fixture pair's weights with --models fixture (default: %(default)s).",
     )
 
     processing = parser.add_argument_group("processing")
@@ -202,6 +227,5 @@ def parse_job_args(argv):
     """Splits argv into the job's flags (argparse.Namespace) and Beam's flags (list)."""
     parser = build_parser()
     job, beam_args = parser.parse_known_args(argv)
-    if job.models == "fixture" and (job.hub_model or job.keras_weights):
-        parser.error("--models fixture builds its own pair; drop --hub_model and --keras_weights")
+    check_model_flags(parser, job)
     return job, beam_args

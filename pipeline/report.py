@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.options import configure_logging, positive_integer
 from pipeline.summary import read_run_table
 from transforms import columns
 from transforms.output import RUN_METADATA_KEY, RunPaths
@@ -602,7 +603,7 @@ def build_parser(prog="inception-parity report"):
     )
     parser.add_argument(
         "--worst_n",
-        type=_positive_int,
+        type=positive_integer,
         default=DEFAULT_WORST_N,
         help="Number of images listed as worst, and of paths listed per determinism flag "
         "(default: %(default)s).",
@@ -610,19 +611,9 @@ def build_parser(prog="inception-parity report"):
     return parser
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
-    return value
-
-
 def main(argv=None):
     """Console entry of `inception-parity report`; returns the exit code (0 written, 2 no such run)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    configure_logging()
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run_id = args.run_id or newest_complete_run(args.output)

@@ -28,7 +28,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipeline.graph import build_pipeline
-from pipeline.options import DEFAULT_LOCAL_RUNNER, parse_job_args
+from pipeline.options import DEFAULT_LOCAL_RUNNER, configure_logging, parse_job_args
 from pipeline.preflight import check_models, resolve_spec
 from pipeline.summary import format_summary, summarize_run
 from transforms.devices import DeviceNotFoundError, check_device_exists, configure_threads
@@ -298,12 +298,7 @@ def _run_locked(job, options, paths, pattern, spec, model_identities, key, intra
 
 def main(argv=None):
     """Console entry of `inception-parity run`; returns the exit code."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    # Beam logs every shard rename and batch statistic at INFO; the job's own INFO lines
-    # are what a person running it reads.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
         manifest = run(argv)
