@@ -135,8 +135,8 @@ def _check_output(paths):
     output = paths.output
     if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output!r} is a file; pass a folder")
-    taken = [paths.manifest, paths.table_folder("features"), paths.staging_root]
-    if any(FileSystems.exists(path) for path in taken):
+    existing_paths = [paths.manifest, paths.table_folder("features"), paths.staging_root]
+    if any(FileSystems.exists(path) for path in existing_paths):
         raise UsageError(
             f"run id {paths.run_id!r} already exists under {output!r}; pass a new --run_id or leave "
             "it out to get a fresh one"
