@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,10 @@ DEFAULT_FIXTURE_SEED = 1234
 KERAS_WEIGHTS_FILE = "keras_inception_v3_notop.weights.h5"
 HUB_MODEL_FOLDER = "hub_inception_v3_feature_vector"
 MANIFEST_FILE = "fixture.json"
+
+# A build takes well under a minute; a build folder this old belongs to a killed process.
+_STALE_BUILD_SECS = 3600
+_BUILDING_PREFIX = ".building-"
 
 # Synthetic images that set the batch-normalisation statistics.
 _CALIBRATION_IMAGES = 16
@@ -65,7 +70,8 @@ def ensure_fixture_pair(seed=DEFAULT_FIXTURE_SEED, cache_dir=None):
         return pair
 
     os.makedirs(cache_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
+    remove_stale_builds(cache_dir)
+    staging = tempfile.mkdtemp(prefix=_BUILDING_PREFIX, dir=cache_dir)
     try:
         _LOGGER.info("Building the fixture model pair (seed %d) in %s", seed, folder)
         build_fixture_pair(seed, staging)
@@ -81,6 +87,16 @@ def ensure_fixture_pair(seed=DEFAULT_FIXTURE_SEED, cache_dir=None):
     if pair is None:
         raise RuntimeError(f"Fixture pair in {folder!r} is incomplete after building it")
     return pair
+
+
+def remove_stale_builds(cache_dir, max_age_secs=_STALE_BUILD_SECS):
+    """Deletes build folders left by processes killed while building (older than max_age_secs)."""
+    now = time.time()
+    for name in os.listdir(cache_dir):
+        path = os.path.join(cache_dir, name)
+        if name.startswith(_BUILDING_PREFIX) and now - os.path.getmtime(path) > max_age_secs:
+            _LOGGER.info("Removing %s, left by a fixture build that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_pair(folder):
