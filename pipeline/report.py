@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.options import configure_logging, positive_integer
 from pipeline.summary import read_run_table
 from transforms import columns
-from transforms.output import RUN_METADATA_KEY, RunPaths
+from transforms.output import RUN_METADATA_KEY, RunPaths, list_files
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def write_run_report(output, run_id, worst_n=DEFAULT_WORST_N):
     folder = paths.table_folder(REPORT_TABLE)
 
     # Tables of the run, and the run metadata stored in their schema.
-    files = {table: _parquet_files(paths, table) for table in TABLES}
+    files = {table: list_files(paths.table_folder(table)) for table in TABLES}
     if not any(files.values()):
         raise RunNotFoundError(
             f"No Parquet files for run {run_id!r} under {output!r} (looked in "
@@ -93,7 +93,7 @@ def write_run_report(output, run_id, worst_n=DEFAULT_WORST_N):
 
 
 def _run_is_complete(paths):
-    """False for a run recovered after it was killed (its manifest says so), else True."""
+    """Tells whether a run finished: False only when its manifest has "complete": false."""
     if not FileSystems.exists(paths.manifest):
         return True
     with FileSystems.open(paths.manifest) as handle:
@@ -104,11 +104,6 @@ _INCOMPLETE_WARNING = (
     "This run did not finish: it was killed, and its whole files were recovered by a later "
     "--incremental run. The statistics cover only the images it completed."
 )
-
-
-def _parquet_files(paths, table):
-    pattern = FileSystems.join(paths.table_folder(table), "*.parquet")
-    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
 
 
 def _read_run_metadata(files):
@@ -574,13 +569,13 @@ def newest_complete_run(output):
     """
     pattern = FileSystems.join(output, "runs", "*.json")
     candidates = []
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        run_id = os.path.basename(metadata.path)[: -len(".json")]
+    for path in list_files(FileSystems.join(output, "runs"), "*.json"):
+        run_id = os.path.basename(path)[: -len(".json")]
         try:
-            with FileSystems.open(metadata.path) as handle:
+            with FileSystems.open(path) as handle:
                 finished_at = json.loads(handle.read()).get("finished_at") or ""
         except (OSError, ValueError) as err:
-            _LOGGER.warning("Skipping the unreadable manifest %s: %s", metadata.path, err)
+            _LOGGER.warning("Skipping the unreadable manifest %s: %s", path, err)
             continue
         candidates.append((finished_at, run_id))
     if not candidates:

@@ -305,15 +305,12 @@ def main(argv=None):
     except SystemExit as exit_:
         # argparse exits with 2 on invalid flags and 0 for --help.
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UsageError, DeviceNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MODEL_LOAD
-    except (UsageError, DeviceNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except OutputLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_OUTPUT_LOCKED

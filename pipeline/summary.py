@@ -6,18 +6,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import columns
-
-
-def _table_files(paths, table):
-    pattern = FileSystems.join(paths.table_folder(table), "*.parquet")
-    matched = FileSystems.match([pattern])[0].metadata_list
-    return sorted(metadata.path for metadata in matched)
+from transforms.output import list_files
 
 
 def read_run_table(paths, table, column_names=None):
     """Reads one table of one run (features, errors or skipped) as a pyarrow Table."""
     tables = []
-    for path in _table_files(paths, table):
+    for path in list_files(paths.table_folder(table)):
         with FileSystems.open(path) as handle:
             tables.append(pq.read_table(handle, columns=column_names))
     if not tables:

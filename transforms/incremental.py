@@ -15,8 +15,8 @@ from transforms import columns
 from transforms.output import (
     RUN_METADATA_KEY,
     RunPaths,
-    _list_files,
     incomplete_run_ids,
+    list_files,
     promote_run,
     read_manifests,
     write_manifest,
@@ -52,7 +52,7 @@ def known_images(output, key):
     for run_id, manifest in sorted(read_manifests(output).items()):
         if manifest.get("extraction_key") != key:
             continue
-        for path in _list_files(RunPaths(output, run_id).table_folder("features")):
+        for path in list_files(RunPaths(output, run_id).table_folder("features")):
             with FileSystems.open(path) as handle:
                 table = pq.read_table(handle, columns=[columns.PATH, columns.SHA256])
             for image_path, sha256 in zip(
@@ -89,11 +89,7 @@ def recover_incomplete_runs(output):
 
 def _staged_run_metadata(paths):
     for table in ("features", "errors", "skipped"):
-        staged = (
-            _list_files(paths.staging_folder(table))
-            if FileSystems.exists(paths.staging_folder(table))
-            else []
-        )
+        staged = list_files(paths.staging_folder(table))
         if staged:
             with FileSystems.open(staged[0]) as handle:
                 metadata = pq.read_schema(handle).metadata or {}

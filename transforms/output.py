@@ -146,7 +146,12 @@ class WriteTable(beam.PTransform):
         return rows | beam.ParDo(self._fn)
 
 
-def _list_files(folder, pattern="*.parquet"):
+def list_files(folder, pattern="*.parquet"):
+    """Lists, sorted, the files under folder that match pattern; a missing folder gives [].
+
+    FileSystems.exists is False for a folder on object stores such as GCS, so listings
+    rely on the match alone instead of checking the folder first.
+    """
     matched = FileSystems.match([FileSystems.join(folder, pattern)])[0].metadata_list
     return sorted(metadata.path for metadata in matched)
 
@@ -173,7 +178,7 @@ def promote_run(paths, run_metadata):
     file, so that readers find every table's schema. Returns row counts per table."""
     counts = {}
     for table, schema in TABLES.items():
-        staged = _list_files(paths.staging_folder(table)) if _exists(paths.staging_folder(table)) else []
+        staged = list_files(paths.staging_folder(table))
         _drop_repeated_paths(staged)
         destination = paths.table_folder(table)
         if _is_local(destination):
@@ -190,7 +195,7 @@ def promote_run(paths, run_metadata):
 
 def count_rows(folder):
     total = 0
-    for path in _list_files(folder):
+    for path in list_files(folder):
         with FileSystems.open(path) as handle:
             total += pq.ParquetFile(handle).metadata.num_rows
     return total
@@ -229,10 +234,8 @@ def write_manifest(paths, manifest):
 def read_manifests(output):
     """Returns {run_id: manifest} for every complete run under output."""
     folder = FileSystems.join(output, "runs")
-    if not _exists(folder):
-        return {}
     manifests = {}
-    for path in _list_files(folder, "*.json"):
+    for path in list_files(folder, "*.json"):
         with FileSystems.open(path) as handle:
             manifest = json.loads(handle.read().decode("utf-8"))
         manifests[manifest["run_id"]] = manifest
@@ -242,11 +245,9 @@ def read_manifests(output):
 def incomplete_run_ids(output):
     """Run ids with staged files but no manifest: runs that were killed or failed."""
     staging = FileSystems.join(output, STAGING)
-    if not _exists(staging):
-        return []
     complete = read_manifests(output)
     run_ids = set()
-    for path in _list_files(staging, "*/*/*.parquet"):
+    for path in list_files(staging, "*/*/*.parquet"):
         partition = path[len(staging) :].strip("/").split("/", 1)[0]
         run_ids.add(partition.split("=", 1)[1])
     return sorted(run_ids - set(complete))

@@ -279,8 +279,8 @@ class MatchImageFiles(beam.PTransform):
     Files are listed by match_files, so that local broken symlinks, symlink loops and
     other unreadable entries reach decoding and become errors rows.
 
-    Output: a DoOutputsTuple whose main output holds image paths, spread over workers by
-    a Reshuffle, and whose SKIPPED_TAG output holds rows of columns.SKIPPED_SCHEMA.
+    Output: a DoOutputsTuple. Its main output contains image paths, spread over workers by
+    a Reshuffle, and its SKIPPED_TAG output contains rows of columns.SKIPPED_SCHEMA.
     """
 
     def __init__(self, input_path, exclude_folder=None):
